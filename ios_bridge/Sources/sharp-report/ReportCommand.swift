@@ -68,7 +68,7 @@ struct ForwardResult: Codable {
     let generatedTokens: Int
     let decodeSeconds: Double
     let decodeTokensPerSecond: Double
-    let generatedTokenIDs: [Int]
+    let greedyTokenIds: [Int]
 }
 
 /// Everything the command found, as printed with --json.
@@ -102,6 +102,7 @@ enum ReportCommand {
             if options.json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                encoder.keyEncodingStrategy = .convertToSnakeCase
                 print(String(decoding: try encoder.encode(report), as: UTF8.self))
             } else {
                 print(TextFormatter.render(report))
@@ -193,7 +194,7 @@ enum ReportCommand {
             prefillTokensPerSecond: prefillSeconds > 0 ? Double(prompt.count) / prefillSeconds : 0,
             generatedTokens: generated.count, decodeSeconds: decodeSeconds,
             decodeTokensPerSecond: decodeSeconds > 0 ? Double(generated.count) / decodeSeconds : 0,
-            generatedTokenIDs: generated)
+            greedyTokenIds: generated)
     }
 
     static func argmaxOfLastRow(_ logits: Tensor) -> Int {

@@ -34,7 +34,7 @@ enum TextFormatter {
             lines.append("Reference CPU forward (fp32, naive)")
             lines.append("  prefill: \(forward.promptTokens) tokens in \(fixed(forward.prefillSeconds, 3)) s = \(fixed(forward.prefillTokensPerSecond, 1)) tok/s")
             lines.append("  decode:  \(forward.generatedTokens) tokens in \(fixed(forward.decodeSeconds, 3)) s = \(fixed(forward.decodeTokensPerSecond, 1)) tok/s")
-            lines.append("  greedy tokens: \(forward.generatedTokenIDs)")
+            lines.append("  greedy tokens: \(forward.greedyTokenIds)")
         }
         lines.append("")
         lines.append(report.failures.isEmpty ? "Result: OK" : "Result: FAILED (\(report.failures.count) problem(s))")
