@@ -52,7 +52,7 @@ struct DecoderLayer {
 }
 
 /// Keys and values of past positions, per layer, for incremental decoding.
-public struct KVCache: Sendable {
+public struct ReferenceKVCache: Sendable {
     var keys: [[Float]]
     var values: [[Float]]
     /// Number of positions already processed.
@@ -120,12 +120,12 @@ public final class ReferenceModel {
 
     /// Logits (tokens.count, vocab) for a sequence starting at position 0.
     public func logits(tokens: [Int]) throws -> Tensor {
-        var cache = KVCache(layers: layers.count)
+        var cache = ReferenceKVCache(layers: layers.count)
         return try logits(tokens: tokens, cache: &cache)
     }
 
     /// Logits (tokens.count, vocab) for tokens that continue the sequence held in `cache`; the cache is extended.
-    public func logits(tokens: [Int], cache: inout KVCache) throws -> Tensor {
+    public func logits(tokens: [Int], cache: inout ReferenceKVCache) throws -> Tensor {
         let hiddenSize = config.hiddenSize
         var hidden: [Float] = []
         hidden.reserveCapacity(tokens.count * hiddenSize)
@@ -159,7 +159,7 @@ public final class ReferenceModel {
         return layer.down(activated, rows: rows)
     }
 
-    private func attention(_ x: [Float], rows: Int, layer: DecoderLayer, layerIndex: Int, cache: inout KVCache) -> [Float] {
+    private func attention(_ x: [Float], rows: Int, layer: DecoderLayer, layerIndex: Int, cache: inout ReferenceKVCache) -> [Float] {
         let headDim = config.headDim
         let heads = config.numAttentionHeads
         let kvHeads = config.numKeyValueHeads

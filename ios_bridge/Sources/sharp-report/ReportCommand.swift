@@ -177,7 +177,7 @@ enum ReportCommand {
         let model = try ReferenceModel(directory: directory, maximumParameters: options.maximumParameters)
         let vocab = model.config.vocabSize
         let prompt = (0..<options.promptTokens).map { (($0 * 7919) + 1) % vocab }
-        var cache = KVCache(layers: model.config.numHiddenLayers)
+        var cache = ReferenceKVCache(layers: model.config.numHiddenLayers)
         let prefillStart = Date()
         var logits = try model.logits(tokens: prompt, cache: &cache)
         let prefillSeconds = Date().timeIntervalSince(prefillStart)

@@ -116,7 +116,7 @@ final class ReferenceModelTests: XCTestCase {
             tensors: TinyModel.random(seed: 2).sharpened(plan: [1: 0], kind: .loraAndVectors).tensors)
         let tokens = [5, 17, 2, 30, 8, 8]
         let full = try model.logits(tokens: tokens)
-        var cache = KVCache(layers: 3)
+        var cache = ReferenceKVCache(layers: 3)
         var stepwise: [Float] = try model.logits(tokens: Array(tokens[0..<2]), cache: &cache).values
         for token in tokens[2...] {
             stepwise += try model.logits(tokens: [token], cache: &cache).values
