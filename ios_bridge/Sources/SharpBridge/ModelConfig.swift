@@ -143,6 +143,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// True when the config carries a `sharp` block (a plain llama config has none).
     public var isSharp: Bool { sharp != nil }
 
+    /// The architecture the layers follow: `sharp.base_model_type` for a SHARP model, else `model_type`.
+    public var baseArchitecture: String { sharp?.baseModelType ?? modelType }
+
     /// The validated plan (empty for a plain llama model).
     public func resolvedPlan() throws -> SharpPlan {
         try SharpPlan(rawPlan: sharp?.plan ?? [:], numLayers: numHiddenLayers)

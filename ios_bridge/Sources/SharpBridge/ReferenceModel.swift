@@ -71,6 +71,9 @@ public struct ReferenceKVCache: Sendable {
 public final class ReferenceModel {
     /// Models above this many parameters are refused unless the caller raises the limit.
     public static let defaultMaximumParameters = 300_000_000
+    /// Architectures whose decoder is the llama one computed here (qwen2 only adds optional q/k/v biases,
+    /// which are read when present). Others, e.g. qwen3 with its q/k norms, are refused.
+    public static let supportedArchitectures = ["llama", "mistral", "qwen2"]
 
     public let config: ModelConfig
     public let plan: SharpPlan
@@ -104,6 +107,10 @@ public final class ReferenceModel {
     /// Builds the model from a tensor source that returns nil for absent names.
     public init(config: ModelConfig, tensor: @escaping (String) throws -> Tensor?) throws {
         try config.validate()
+        guard ReferenceModel.supportedArchitectures.contains(config.baseArchitecture) else {
+            throw SharpError.unsupported(
+                "architecture \"\(config.baseArchitecture)\" in the reference forward pass (supported: \(ReferenceModel.supportedArchitectures.joined(separator: ", ")))")
+        }
         let loader = WeightLoader(config: config, source: tensor)
         self.config = config
         self.plan = try config.resolvedPlan()

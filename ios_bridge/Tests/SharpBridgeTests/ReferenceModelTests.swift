@@ -190,6 +190,15 @@ final class ReferenceModelTests: XCTestCase {
         }
     }
 
+    func testRefusesOtherArchitectures() throws {
+        var model = TinyModel.random(seed: 3).sharpened(plan: [1: 0])
+        model.config.sharp?.baseModelType = "qwen3"
+        XCTAssertThrowsError(try model.logits([1])) { XCTAssertTrue("\($0)".contains("qwen3"), "\($0)") }
+        var plain = TinyModel.random(seed: 3)
+        plain.config.modelType = "mistral"
+        XCTAssertNoThrow(try plain.logits([1]))
+    }
+
     func testRejectsOutOfRangeTokens() throws {
         XCTAssertThrowsError(try TinyModel.random().logits([32]))
         XCTAssertThrowsError(try TinyModel.random().logits([-1]))

@@ -15,8 +15,15 @@ public struct SharpLlamaConfiguration: Sendable {
     let ropeTraditional: Bool
     let maxPositionEmbeddings: Int?
 
+    /// Base architectures whose layers are exactly llama's (same attention, norms and SwiGLU MLP).
+    public static let supportedBaseTypes = ["llama", "mistral"]
+
     public init(data: Data) throws {
         base = try ModelConfig.decode(data)
+        guard SharpLlamaConfiguration.supportedBaseTypes.contains(base.baseArchitecture) else {
+            throw SharpError.unsupported(
+                "SHARP base model type \"\(base.baseArchitecture)\"; this app ports llama/mistral only")
+        }
         plan = try base.resolvedPlan()
         recovery = base.sharp?.recovery
         let rope = try JSONDecoder().decode(RopeFields.self, from: data)
