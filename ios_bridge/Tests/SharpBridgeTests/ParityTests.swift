@@ -6,10 +6,14 @@ import XCTest
 /// Python <-> Swift parity on the tiny SHARP model exported by `tools/make_parity_fixture.py`:
 /// `Fixtures/tiny_sharp/{config.json, model.safetensors, parity.json}` with
 /// `parity.json = {"tokens": [[Int]], "logits": [[[Float]]]}` (batch, length, vocab) computed by mlx-lm.
+/// `SHARP_PARITY_FIXTURE=/path/to/dir` checks another directory of the same layout instead.
 final class ParityTests: XCTestCase {
-    static let fixtureDirectory = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/tiny_sharp")
+    static let fixtureDirectory: URL = {
+        if let override = ProcessInfo.processInfo.environment["SHARP_PARITY_FIXTURE"], !override.isEmpty {
+            return URL(fileURLWithPath: override)
+        }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tiny_sharp")
+    }()
 
     struct ParityFile: Decodable {
         let tokens: [[Int]]
