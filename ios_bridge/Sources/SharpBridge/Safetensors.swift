@@ -230,7 +230,8 @@ private struct RawHeader: Decodable {
         let container = try decoder.container(keyedBy: AnyCodingKey.self)
         for key in container.allKeys {
             if key.stringValue == "__metadata__" {
-                metadata = try container.decode([String: String].self, forKey: key)
+                // MLX writes `"__metadata__": null` when there is no metadata; the reference reader accepts it.
+                metadata = try container.decodeIfPresent([String: String].self, forKey: key) ?? [:]
             } else {
                 entries.append((key.stringValue, try container.decode(RawTensorEntry.self, forKey: key)))
             }

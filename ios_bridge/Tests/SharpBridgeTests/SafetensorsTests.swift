@@ -93,6 +93,14 @@ final class SafetensorsTests: XCTestCase {
         assertRejected(#"{"x": "#, dataBytes: 0, mentioning: "header JSON")
     }
 
+    func testNullMetadataIsAccepted() throws {
+        // mx.save_safetensors without metadata writes this.
+        let data = file(header: #"{"__metadata__": null, "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#, dataBytes: 4)
+        let header = try SafetensorsHeader.parse(data)
+        XCTAssertEqual(header.metadata, [:])
+        XCTAssertEqual(header.tensors.map(\.name), ["x"])
+    }
+
     func testGapsAreAcceptedWhenAllowed() throws {
         let data = file(header: #"{"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#, dataBytes: 12)
         XCTAssertEqual(try SafetensorsHeader.parse(data, allowGaps: true).tensors.count, 1)
