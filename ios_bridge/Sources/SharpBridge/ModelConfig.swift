@@ -129,6 +129,15 @@ public struct ModelConfig: Codable, Equatable, Sendable {
                 "num_attention_heads (\(numAttentionHeads)) is not a multiple of num_key_value_heads (\(numKeyValueHeads))"
             )
         }
+        let products: [(String, Int, Int)] = [
+            ("num_attention_heads * head_dim", numAttentionHeads, headDim),
+            ("num_key_value_heads * head_dim", numKeyValueHeads, headDim),
+            ("vocab_size * hidden_size", vocabSize, hiddenSize),
+            ("intermediate_size * hidden_size", intermediateSize, hiddenSize),
+        ]
+        for (name, a, b) in products where a.multipliedReportingOverflow(by: b).overflow {
+            throw SharpError.invalidConfig("\(name) overflows")
+        }
         if headDim % 2 != 0 {
             throw SharpError.invalidConfig("head_dim must be even for RoPE, got \(headDim)")
         }

@@ -156,7 +156,11 @@ public struct AffineQuantizationLayout: Equatable, Sendable {
             candidates.removeAll { $0 == preferredGroupSize }
             candidates.insert(preferredGroupSize, at: 0)
         }
-        let packedBits = weightShape[1] * 32
+        let (packedBits, packedOverflow) = weightShape[1].multipliedReportingOverflow(by: 32)
+        let (_, valuesOverflow) = weightShape[0].multipliedReportingOverflow(by: packedBits)
+        guard !packedOverflow, !valuesOverflow else {
+            throw SharpError.invalidTensor(name: name, reason: "quantized weight shape \(weightShape) is too large")
+        }
         for groupSize in candidates {
             let (inputs, overflow) = scalesShape[1].multipliedReportingOverflow(by: groupSize)
             guard !overflow, inputs > 0, packedBits % inputs == 0 else { continue }

@@ -59,6 +59,13 @@ final class ConfigAndPlanTests: XCTestCase {
         XCTAssertThrowsError(try ModelConfig.decode(Data(badHeads.utf8))) { error in
             XCTAssertTrue("\(error)".contains("num_key_value_heads"), "\(error)")
         }
+        let huge = """
+            {"hidden_size": 4611686018427387904, "num_hidden_layers": 1, "intermediate_size": 8,
+             "num_attention_heads": 1, "vocab_size": 10}
+            """
+        XCTAssertThrowsError(try ModelConfig.decode(Data(huge.utf8))) { error in
+            XCTAssertTrue("\(error)".contains("overflows"), "\(error)")
+        }
         let badKind = sharpConfigJSON.replacingOccurrences(of: "lora+vectors", with: "dora")
         XCTAssertThrowsError(try ModelConfig.decode(Data(badKind.utf8)))
         let badMatrix = sharpConfigJSON.replacingOccurrences(of: "\"down_proj\"]", with: "\"o_proj\"]")

@@ -22,6 +22,7 @@ final class QuantizationTests: XCTestCase {
         XCTAssertEqual(try bits([576, 72], [576, 18], group: 64), 2)  // the preferred group size decides ambiguous shapes
         XCTAssertEqual(try bits([8, 6], [8, 1], group: 64), 3)
         XCTAssertThrowsError(try bits([8, 7], [8, 1], group: 64))
+        XCTAssertThrowsError(try bits([0, 1 << 62], [0, 1], group: 64))  // empty but absurd: no overflow trap
         XCTAssertThrowsError(try bits([8, 6], [4, 1], group: 64))
     }
 
