@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from sharp_mlx import data, finetune as ft, models, warmup as wu
+from sharp_mlx import data, models
+from sharp_mlx import finetune as ft
+from sharp_mlx import warmup as wu
 from sharp_mlx.convert import main as convert_main
 from sharp_mlx.plan import SharingPlan
 from sharp_mlx.sharp import build_sharp, recovery_config
