@@ -21,6 +21,7 @@ import mlx.nn as nn
 
 from . import data, models
 from .accounting import account_model
+from .assets import AssetError
 from .finetune import (
     FinetuneConfig,
     NonFiniteLoss,
@@ -165,7 +166,8 @@ def convert(args: argparse.Namespace) -> Path:
     model, config = build_sharp(base, base_config, plan, recovery, args.init, args.seed)
     group = distributed_group()
     checkpoints = args.checkpoint_dir or args.output.with_name(args.output.name + ".checkpoints")
-    _check_checkpoint_recipe(checkpoints, record, args)
+    if args.warmup or args.finetune:  # a failed run keeps them, so a rerun resumes
+        _check_checkpoint_recipe(checkpoints, record, args)
     if args.warmup:
         record["warmup"] = run_warmup(args, model, base, tokenizer, checkpoints, group)
     if args.finetune:
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         convert(args)
     except (PlanError, models.ModelError, data.DataError, ValueError, FileNotFoundError,
-            MemoryError, NonFiniteLoss) as e:
+            MemoryError, NonFiniteLoss, AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
