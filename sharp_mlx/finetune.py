@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import data, models
 from .sharp import recovery_layers
@@ -46,6 +46,7 @@ class FinetuneConfig:
     save_every: int = 50
     seed: int = 0
     max_train_tokens: int = 2_000_000
+    compile: bool = True
 
 
 @dataclass
@@ -146,7 +147,7 @@ def finetune(
     best = None
     if checkpoint_dir is not None and (checkpoint_dir / "finetune.json").is_file():
         result, best = _load(model, optimizer, checkpoint_dir)
-    loss_and_grad = nn.value_and_grad(model, lambda m, t, k: losses(m, teacher, t, k, config))
+    step = _train_step(model, teacher, optimizer, config, group)
     start = time.perf_counter() - result.seconds
     bar = _progress_bar(config.iters, result.steps, progress and rank == 0)
     stale = 0
@@ -154,13 +155,7 @@ def finetune(
         rows = batch_rows(result.steps, train.num_rows, config.batch_size, config.seed)
         rows = rows[rank::size]
         tokens, mask = mx.array(train.tokens[rows]), mx.array(train.mask[rows])
-        (loss_sum, count), grads = loss_and_grad(model, tokens, mask)
-        if size > 1:
-            grads = tree_map_all_sum(grads, group)
-            loss_sum = mx.distributed.all_sum(loss_sum, group=group)
-            count = mx.distributed.all_sum(count, group=group)
-        grads = tree_unflatten([(k, g / count) for k, g in tree_flatten(grads)])
-        optimizer.update(model, grads)
+        loss_sum, count = step(tokens, mask)
         mx.eval(model.trainable_parameters(), optimizer.state, loss_sum, count)
         loss = (loss_sum / count).item()
         if not math.isfinite(loss):
@@ -205,9 +200,24 @@ def finetune(
     return result
 
 
-def tree_map_all_sum(grads, group):
-    return tree_unflatten([(k, mx.distributed.all_sum(g, group=group))
-                           for k, g in tree_flatten(grads)])
+def _train_step(model, teacher, optimizer, config: FinetuneConfig, group):
+    """One compiled optimizer step on summed losses; under mlx.launch, sums across ranks."""
+    loss_and_grad = nn.value_and_grad(model, lambda m, t, k: losses(m, teacher, t, k, config))
+    state = [model.state, optimizer.state]
+
+    def step(tokens, mask):
+        (loss_sum, count), grads = loss_and_grad(model, tokens, mask)
+        if group is not None:
+            grads = tree_map(lambda g: mx.distributed.all_sum(g, group=group), grads)
+            loss_sum = mx.distributed.all_sum(loss_sum, group=group)
+            count = mx.distributed.all_sum(count, group=group)
+        optimizer.update(model, tree_map(lambda g: g / count, grads))
+        return loss_sum, count
+
+    if not config.compile:
+        return step
+    constants = [teacher.state] if teacher is not None else []
+    return mx.compile(step, inputs=state + constants, outputs=state)
 
 
 def _schedule(config: FinetuneConfig):

@@ -21,6 +21,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -135,7 +136,7 @@ def warmup(
     config: WarmupConfig,
     checkpoint_dir: Path | None = None,
     group: mx.distributed.Group | None = None,
-    progress=print,
+    progress=partial(print, flush=True),
 ) -> list[TargetReport]:
     """Warm up every target of `sharp` (in place) against `original`; returns per-layer reports.
 
