@@ -435,9 +435,10 @@ def spearman(x, y) -> float:
 
 
 def ranking_study(model: nn.Module, analysis: LayerAnalysis, eval_data: data.TokenData,
-                  recovery: dict, batch_size: int = 4) -> dict:
+                  recovery: dict, batch_size: int = 4, progress=None) -> dict:
     """For each measured pair alone, the rise in mean NLL with direct sharing and with the SVD
-    start, and how well the raw and SVD errors rank those rises (Spearman)."""
+    start, and how well the raw and SVD errors rank those rises (Spearman).
+    `progress(done, total, row)` is called after each pair."""
     if analysis.svd_errors is None:
         raise ValueError("the ranking study needs an analysis measured with SVD errors")
 
@@ -448,7 +449,8 @@ def ranking_study(model: nn.Module, analysis: LayerAnalysis, eval_data: data.Tok
     base = mean_nll()
     rows = []
     layers = model.layers
-    for t, r in sorted(analysis.candidates("raw")):
+    pairs = sorted(analysis.candidates("raw"))
+    for t, r in pairs:
         with replaced_mlp(model, t, layers[r].mlp):
             direct = mean_nll() - base
         factors = svd_factors(layers[t].mlp, layers[r].mlp, recovery)
@@ -460,6 +462,8 @@ def ranking_study(model: nn.Module, analysis: LayerAnalysis, eval_data: data.Tok
                 row[f"{rank_by}_{normalize}_error"] = float(
                     analysis.matrix(rank_by, normalize)[t, r])
         rows.append(row)
+        if progress:
+            progress(len(rows), len(pairs), row)
 
     def col(key):
         return [row[key] for row in rows]
@@ -657,7 +661,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.rank_study:
         eval_data = calibration_data(args.data, tokenizer, args.study_tokens, args.seq_len,
                                      split="valid")
-        study = ranking_study(model, analysis, eval_data, recovery, args.batch_size)
+        def progress(done, total, row):
+            print(f"  [{done}/{total}] {row['target']}<-{row['reference']}: NLL rise "
+                  f"{row['direct_nll_rise']:+.4f} direct, {row['svd_nll_rise']:+.4f} SVD start",
+                  file=sys.stderr, flush=True)
+
+        study = ranking_study(model, analysis, eval_data, recovery, args.batch_size, progress)
         print(f"\nranking study on {study['eval_tokens']} valid tokens "
               f"({len(study['pairs'])} pairs, base NLL {study['base_nll']:.4f}): Spearman")
         print(f"  {'error':<14} {'vs direct rise':>14} {'vs SVD-init rise':>16}")

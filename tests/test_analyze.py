@@ -222,3 +222,16 @@ def test_cli_reports_errors(tiny_llama, capsys):
     with pytest.raises(SystemExit):
         analyze.main(["--model", str(tiny_llama), "--data", "/nonexistent"])
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_model_analysis_and_auto_plan():
+    model, tokenizer, _, _ = models.load_base(None, dtype="float32")
+    calibration = analyze.calibration_data("wiki", tokenizer, 512)
+    result = analyze.analyze_layers(model, calibration, distance=1)
+    assert result.num_layers == 30 and np.allclose(np.diag(result.errors), 0)
+    assert np.all(np.isfinite(list(result.candidates().values())))
+    recovery = recovery_config("lora", rank=64)
+    plan = analyze.suggest_plan(model, tokenizer, 0.5, recovery, analysis=result)
+    assert len(plan.mapping) == 18  # 18 targets at rank 64 save 50.8% net (plan.py's table)
+    assert account_model(model, plan, recovery).net_mlp_saving >= 0.5

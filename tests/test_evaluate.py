@@ -139,3 +139,13 @@ def test_perplexity_matches_direct_computation(tiny_llama, text_dir):
     nll = nn.losses.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]).mean().item()
     assert ppl.perplexity == pytest.approx(math.exp(nll), rel=1e-4)
     assert ppl.windows == 4 and ppl.tokens == 128 and ppl.stderr > 0
+
+
+@pytest.mark.slow
+def test_default_model_figures():
+    result = evaluate.evaluate_model(None, ["wiki"], max_tokens=1024, prompt_tokens=32,
+                                     generation_tokens=8, repeats=1)
+    assert result["num_layers"] == 30 and result["params_total"] == 134_515_008
+    assert result["params_recovery"] == 0 and result["net_mlp_saving_percent"] == 0
+    assert 1 < result["wiki_perplexity"] < 30 and result["wiki_tokens"] == 1024
+    assert result["decode_tok_per_s"] > 0 and result["peak_memory_gb"] > 0.5  # float32 weights

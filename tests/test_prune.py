@@ -146,3 +146,16 @@ def test_cli_matches_a_sharp_model_dir(tiny_llama, text_dir, tmp_path):
     assert info["matched_saving_params"] == 3 * (3 * 64 * 128 - 3 * 4 * (64 + 128))
     assert len(info["removed_layers"]) == 2  # 66816 is nearer 2 layers (73984) than 1 (36992)
     assert info["matched_recovery"]["rank"] == 4
+
+
+@pytest.mark.slow
+def test_default_model_pruned_still_runs():
+    model, tokenizer, config, _ = models.load_base(None, dtype="float32")
+    influence = prune.block_influence(model, analyze.calibration_data("wiki", tokenizer, 512))
+    assert influence.shape == (30,) and np.all(influence > 0)
+    pruned, pruned_config = prune.prune_layers(model, config, prune.choose_layers(influence, 2))
+    test = analyze.calibration_data("wiki", tokenizer, 512, split="test")
+    base = evaluate.perplexity(model, test).perplexity
+    ppl = evaluate.perplexity(pruned, test).perplexity
+    assert pruned_config["num_hidden_layers"] == 28
+    assert base < ppl < 10 * base
