@@ -56,6 +56,7 @@ class FinetuneResult:
     best_val_loss: float
     best_step: int
     seconds: float
+    train_seconds: float = 0.0  # optimizer steps only (no validation, no checkpoints)
     train_losses: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)  # (step, loss)
 
@@ -155,8 +156,10 @@ def finetune(
         rows = batch_rows(result.steps, train.num_rows, config.batch_size, config.seed)
         rows = rows[rank::size]
         tokens, mask = mx.array(train.tokens[rows]), mx.array(train.mask[rows])
+        tic = time.perf_counter()
         loss_sum, count = step(tokens, mask)
         mx.eval(model.trainable_parameters(), optimizer.state, loss_sum, count)
+        result.train_seconds += time.perf_counter() - tic
         loss = (loss_sum / count).item()
         if not math.isfinite(loss):
             raise NonFiniteLoss(

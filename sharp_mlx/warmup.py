@@ -41,7 +41,7 @@ class WarmupConfig:
     seq_len: int = 256
     epochs: int = 4
     batch_tokens: int = 1024
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     warmup_steps: int = 10
     schedule: str = "cosine"  # cosine | constant
     seed: int = 0
@@ -102,14 +102,21 @@ def train_target(mlp: nn.Module, x: mx.array, y: mx.array, config: WarmupConfig,
         return mx.square(module(xb) - yb).mean() / scale
 
     loss_and_grad = nn.value_and_grad(mlp, loss_fn)
+    state = [mlp.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state + [mlp.reference_mlp.state], outputs=state)
+    def step(xb, yb):
+        loss, grads = loss_and_grad(mlp, xb, yb)
+        optimizer.update(mlp, grads)
+        return loss
+
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(config.epochs):
         order = mx.array(rng.permutation(n)[: per_epoch * batch].reshape(per_epoch, batch))
         for idx in order:
-            loss, grads = loss_and_grad(mlp, x[idx], y[idx])
-            optimizer.update(mlp, grads)
-            mx.eval(loss, mlp.parameters(), optimizer.state)
+            loss = step(x[idx], y[idx])
+            mx.eval(loss, mlp.state, optimizer.state)
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLoss(f"warmup loss became {value} at step {len(losses)}")
@@ -152,7 +159,8 @@ def warmup(
                (("train", calibration), ("held", held_out))}
     sharp_streams = dict(streams) if config.sequential else None
     mask = create_attention_mask(streams["train"][:1], None)
-    for index, layer in enumerate(original.layers):
+    last = max(mine - done, default=-1)
+    for index, layer in enumerate(original.layers[: last + 1]):
         target_mlp = targets.get(index)
         if target_mlp is not None and index in mine and index not in done:
             reports.append(_warm_one(index, target_mlp, layer, sharp.layers[index], streams,
