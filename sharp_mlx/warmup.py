@@ -19,6 +19,7 @@ with the same weights as an uninterrupted one.
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -143,7 +144,7 @@ def warmup(
     config: WarmupConfig,
     checkpoint_dir: Path | None = None,
     group: mx.distributed.Group | None = None,
-    progress=partial(print, flush=True),
+    progress: bool = True,
 ) -> list[TargetReport]:
     """Warm up every target of `sharp` (in place) against `original`; returns per-layer reports.
 
@@ -160,13 +161,21 @@ def warmup(
     sharp_streams = dict(streams) if config.sequential else None
     mask = create_attention_mask(streams["train"][:1], None)
     last = max(mine - done, default=-1)
+    bar = _progress_bar(len(mine - done), progress and rank == 0)
     for index, layer in enumerate(original.layers[: last + 1]):
         target_mlp = targets.get(index)
         if target_mlp is not None and index in mine and index not in done:
             reports.append(_warm_one(index, target_mlp, layer, sharp.layers[index], streams,
                                      sharp_streams, mask, config))
-            progress(_format(reports[-1]))
             _save_checkpoint(sharp, checkpoint_dir, reports)
+            if bar is not None:
+                r = reports[-1]
+                bar.write(_format(r))
+                bar.set_postfix(error=f"{r.error_after:.3f}",
+                                tok_s=f"{calibration.size * config.epochs / r.seconds:.0f}")
+                bar.update(1)
+    if bar is not None:
+        bar.close()
         streams = _advance(layer, streams, mask)
         if sharp_streams is not None:
             sharp_streams = _advance(sharp.layers[index], sharp_streams, mask)
@@ -198,6 +207,14 @@ def _warm_one(index, target_mlp, original_layer, sharp_layer, streams, sharp_str
     after = relative_error(_in_batches(target_mlp, x_held)[0], y_held)
     return TargetReport(index, target_mlp._reference[1], before, after, len(losses), losses[-1],
                         time.perf_counter() - start)
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="warmup", unit="layer", file=sys.stderr, dynamic_ncols=True)
 
 
 def _format(r: TargetReport) -> str:

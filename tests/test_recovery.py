@@ -59,7 +59,7 @@ def test_warmup_reduces_each_targets_error(tiny_llama, sequential):
     cal, _ = calibration()
     config = wu.WarmupConfig(**{**WARMUP.__dict__, "sequential": sequential})
     # Random tiny MLPs do not generalise from 256 tokens: measure on calibration rows.
-    reports = wu.warmup(model, base, cal, cal[:2], config, progress=lambda _: None)
+    reports = wu.warmup(model, base, cal, cal[:2], config, progress=False)
     assert [r.layer for r in reports] == sorted(PLAN)
     for r in reports:
         assert r.error_after < r.error_before
@@ -69,14 +69,14 @@ def test_warmup_error_is_zero_for_an_exact_recovery(tiny_llama):
     model, base, _ = sharp_and_base(tiny_llama, rank=64)  # full rank SVD reproduces the target
     cal, held = calibration()
     config = wu.WarmupConfig(epochs=1, batch_tokens=64, learning_rate=0.0, schedule="constant")
-    for r in wu.warmup(model, base, cal, held, config, progress=lambda _: None):
+    for r in wu.warmup(model, base, cal, held, config, progress=False):
         assert r.error_before < 1e-8
 
 
 def test_warmup_resume_gives_identical_weights(tiny_llama, tmp_path, monkeypatch):
     cal, held = calibration()
     whole, base, _ = sharp_and_base(tiny_llama)
-    wu.warmup(whole, base, cal, held, WARMUP, tmp_path / "a", progress=lambda _: None)
+    wu.warmup(whole, base, cal, held, WARMUP, tmp_path / "a", progress=False)
 
     save = wu._save_checkpoint
 
@@ -87,10 +87,10 @@ def test_warmup_resume_gives_identical_weights(tiny_llama, tmp_path, monkeypatch
     first, base, _ = sharp_and_base(tiny_llama)
     monkeypatch.setattr(wu, "_save_checkpoint", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
-        wu.warmup(first, base, cal, held, WARMUP, tmp_path / "b", progress=lambda _: None)
+        wu.warmup(first, base, cal, held, WARMUP, tmp_path / "b", progress=False)
     monkeypatch.setattr(wu, "_save_checkpoint", save)
     resumed, base, _ = sharp_and_base(tiny_llama)
-    reports = wu.warmup(resumed, base, cal, held, WARMUP, tmp_path / "b", progress=lambda _: None)
+    reports = wu.warmup(resumed, base, cal, held, WARMUP, tmp_path / "b", progress=False)
     assert len(reports) == len(PLAN)
     a, b = recovery_arrays(whole), recovery_arrays(resumed)
     assert a.keys() == b.keys()
@@ -186,7 +186,7 @@ print("ranks", group.size(), flush=True)
 group = group if group.size() > 1 else None
 model, base, tokenizer = sharp_and_base(sys.argv[1])
 cal, held = calibration()
-wu.warmup(model, base, cal, held, WARMUP, group=group, progress=lambda _: None)
+wu.warmup(model, base, cal, held, WARMUP, group=group, progress=False)
 config, train, valid = sft_data(tokenizer, sys.argv[2])
 ft.finetune(model, None, train, valid, config, group=group, progress=False)
 if group is None or group.rank() == 0:
