@@ -155,6 +155,8 @@ def warmup(
     _check_memory(calibration, original, config)
     rank, size = (group.rank(), group.size()) if group is not None else (0, 1)
     mine = {t for i, t in enumerate(sorted(targets)) if i % size == rank}
+    if checkpoint_dir is not None and size > 1:  # each rank checkpoints its own targets
+        checkpoint_dir = checkpoint_dir / f"rank{rank}"
     done, reports = _load_checkpoint(sharp, checkpoint_dir)
     streams = {name: original.model.embed_tokens(tokens) for name, tokens in
                (("train", calibration), ("held", held_out))}
