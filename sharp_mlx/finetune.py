@@ -142,7 +142,8 @@ def finetune(
         from mlx_lm.tuner.trainer import grad_checkpoint
 
         grad_checkpoint(model.layers[0])
-    optimizer = optim.Adam(learning_rate=_schedule(config))
+    optimizer = optim.Adam(
+        learning_rate=warmup_cosine(config.learning_rate, config.iters, config.warmup_steps))
     optimizer.init(model.trainable_parameters())
     result = FinetuneResult(0, 0, math.inf, 0, 0.0)
     best = None
@@ -223,14 +224,14 @@ def _train_step(model, teacher, optimizer, config: FinetuneConfig, group):
     return mx.compile(step, inputs=state + constants, outputs=state)
 
 
-def _schedule(config: FinetuneConfig):
-    warm = min(config.warmup_steps, max(config.iters - 1, 0))
-    cosine = optim.cosine_decay(config.learning_rate, max(config.iters - warm, 1),
-                                0.1 * config.learning_rate)
+def warmup_cosine(learning_rate: float, steps: int, warmup_steps: int):
+    """Linear warm-up to learning_rate, then cosine decay to a tenth of it."""
+    warm = min(warmup_steps, max(steps - 1, 0))
+    cosine = optim.cosine_decay(learning_rate, max(steps - warm, 1), 0.1 * learning_rate)
     if warm == 0:
         return cosine
-    return optim.join_schedules(
-        [optim.linear_schedule(0.0, config.learning_rate, warm), cosine], [warm])
+    return optim.join_schedules([optim.linear_schedule(0.0, learning_rate, warm), cosine],
+                                [warm])
 
 
 def _progress_bar(total: int, done: int, enabled: bool):

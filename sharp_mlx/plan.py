@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sharp_model import validate_plan
+
 PRESETS = ("none", "moderate", "aggressive")
 
 
@@ -54,17 +56,10 @@ class SharingPlan:
 
 def validate(mapping: dict[int, int], num_layers: int) -> None:
     """Raise PlanError with a clear message for an invalid plan."""
-    for target, reference in mapping.items():
-        for layer in (target, reference):
-            if not isinstance(layer, int) or not 0 <= layer < num_layers:
-                raise PlanError(f"plan layer {layer!r} is out of range [0, {num_layers})")
-        if target == reference:
-            raise PlanError(f"plan maps layer {target} to itself")
-        if reference in mapping:
-            raise PlanError(
-                f"plan chains: layer {target} -> {reference}, which is itself replaced "
-                f"(-> {mapping[reference]}); a reference must keep its own MLP"
-            )
+    try:
+        validate_plan(mapping, num_layers)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
 
 
 def pairs(first: int, last: int) -> dict[int, int]:

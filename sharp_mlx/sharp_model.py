@@ -115,10 +115,16 @@ def validate_sharp_config(sharp: dict, num_layers: int) -> dict[int, int]:
     if unknown := set(recovery["matrices"]) - set(MLP_MATRICES):
         raise ValueError(f"unknown recovery matrices {sorted(unknown)}; use {MLP_MATRICES}")
     plan = {int(t): int(r) for t, r in sharp["plan"].items()}
+    validate_plan(plan, num_layers)
+    return plan
+
+
+def validate_plan(plan: dict[int, int], num_layers: int) -> None:
+    """Both layers in range, no self reference, and no chains (a reference is never a target)."""
     for target, reference in plan.items():
         for layer in (target, reference):
-            if not 0 <= layer < num_layers:
-                raise ValueError(f"plan layer {layer} is out of range [0, {num_layers})")
+            if not isinstance(layer, int) or not 0 <= layer < num_layers:
+                raise ValueError(f"plan layer {layer!r} is out of range [0, {num_layers})")
         if target == reference:
             raise ValueError(f"plan maps layer {target} to itself")
         if reference in plan:
@@ -126,7 +132,6 @@ def validate_sharp_config(sharp: dict, num_layers: int) -> dict[int, int]:
                 f"plan chains: layer {target} -> {reference}, which is itself replaced "
                 f"(-> {plan[reference]}); a reference must keep its own MLP"
             )
-    return plan
 
 
 _classes: dict[str, type] = {}

@@ -32,6 +32,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import create_attention_mask
 
+from .finetune import warmup_cosine
 from .sharp import recovery_layers
 
 
@@ -79,13 +80,7 @@ def relative_error(pred: mx.array, target: mx.array) -> float:
 def _schedule(config: WarmupConfig, steps: int):
     if config.schedule == "constant":
         return config.learning_rate
-    warm = min(config.warmup_steps, max(steps - 1, 0))
-    cosine = optim.cosine_decay(config.learning_rate, max(steps - warm, 1),
-                                0.1 * config.learning_rate)
-    if warm == 0:
-        return cosine
-    return optim.join_schedules([optim.linear_schedule(0.0, config.learning_rate, warm), cosine],
-                                [warm])
+    return warmup_cosine(config.learning_rate, steps, config.warmup_steps)
 
 
 def train_target(mlp: nn.Module, x: mx.array, y: mx.array, config: WarmupConfig,
