@@ -319,6 +319,8 @@ def load_sft_data(tokenizer, config: FinetuneConfig) -> tuple[data.TokenData, da
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sharp_mlx.finetune", description=__doc__)
     parser.add_argument("--model", required=True, help="SHARP model directory")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="load a sharp_model.py that differs from this package's own")
     parser.add_argument("--original", default=None,
                         help="original model, the teacher for --loss kd / ce+kd (default: the "
                              "base recorded in the model's sharp_recovery.json, else SmolLM2)")
@@ -338,7 +340,8 @@ def run(args: argparse.Namespace) -> Path:
     output = args.output or Path(args.model)
     if args.output and output.exists() and not args.force:
         raise models.OutputExistsError(f"{output} already exists; pass --force to replace it")
-    model, tokenizer, config, path = models.load_base(args.model)
+    model, tokenizer, config, path = models.load_base(
+        args.model, trust_remote_code=args.trust_remote_code)
     if config.get("model_type") != "sharp":
         raise models.ModelError(f"{path} is not a SHARP model (model_type is not 'sharp')")
     models.use_float32_on_cpu(model)
