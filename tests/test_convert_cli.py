@@ -90,3 +90,13 @@ def test_failure_midway_leaves_no_partial_output(tiny_llama, tmp_path, capsys, m
                          "4", "-o", str(out)], capsys)
     assert "disk full" in error
     assert_nothing_written(tmp_path)
+
+
+def test_auto_plan_meets_its_budget(tiny_llama, tmp_path):
+    out = tmp_path / "auto"
+    convert_main(["--model", str(tiny_llama), "--plan", "auto", "--budget", "0.3", "--rank", "4",
+                  "-o", str(out)])
+    record = json.loads((out / "sharp_recovery.json").read_text())
+    assert record["accounting"]["net_mlp_saving_percent"] >= 30
+    plan = {int(t): r for t, r in record["plan"].items()}
+    assert plan and not set(plan) & set(plan.values())
