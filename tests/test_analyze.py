@@ -167,9 +167,12 @@ def test_suggest_plan_prefers_the_least_error(loaded, calibration):
     model, tokenizer = loaded
     analysis = analyze.analyze_layers(model, calibration, distance=1)
     recovery = recovery_config("lora", rank=4)
-    plan = analyze.suggest_plan(model, tokenizer, 0.1, recovery, analysis=analysis)
-    ((t, r),) = plan.mapping.items()
-    assert analysis.errors[t, r] == pytest.approx(min(analysis.candidates().values()))
+    for normalize in analyze.NORMALIZE:  # one target: the single least-error pair
+        plan = analyze.suggest_plan(model, tokenizer, 0.1, recovery, analysis=analysis,
+                                    normalize=normalize)
+        ((t, r),) = plan.mapping.items()
+        errors = analysis.candidates("raw", normalize)
+        assert errors[t, r] == min(errors.values())
 
 
 def test_ranking_study_agrees_with_built_sharp_models(loaded, calibration, text_dir, tiny_llama):
@@ -206,7 +209,7 @@ def test_cli_table_heatmap_plan_and_json(tiny_llama, text_dir, tmp_path, capsys)
                   "--budget", "0.3", "--keep", "0,5", "--rank-by", "svd", "--png", str(png),
                   "-o", str(out), "--json", str(report)])
     printed = capsys.readouterr().out
-    assert "err r=t-2" in printed and "svd r=t+1" in printed and "auto plan" in printed
+    assert "mlp t-2" in printed and "svd-res t+1" in printed and "auto plan" in printed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     document = json.loads(out.read_text())
     plan = parse_plan(str(out), 6)
