@@ -8,6 +8,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,9 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.utils import dequantize_model, load_model, load_tokenizer, save_config, save_model
 
 from . import assets, gguf
+
+# transformers warns that model type "sharp" is unknown whenever a SHARP tokenizer is loaded.
+logging.getLogger("transformers.configuration_utils").setLevel(logging.ERROR)
 
 DEFAULT_MODEL = "smollm2"
 TOKENIZER_FILES = (
