@@ -40,6 +40,7 @@ PARAM_KINDS = ("embedding", "attention", "mlp_stored", "recovery", "norm", "othe
 # Keys of every result object; per data set there are also DATA_KEYS prefixed with its name.
 RESULT_KEYS = (
     "model", "name", "model_type", "base_model_type", "num_layers", "num_shared_layers",
+    "num_removed_layers",
     "quantization_bits", "dtype", "device", "disk_bytes", "load_time_s",
     *(f"params_{k}" for k in PARAM_KINDS), "params_total", "params_mlp_net",
     "net_mlp_saving_percent", "disk_bits_per_param",
@@ -153,16 +154,17 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def mlp_saving(model: nn.Module, counts: dict[str, int]) -> float:
-    """Fraction of the MLP parameters of `len(layers)` unshared layers no longer stored, net of
-    recovery (0 for a plain model; a pruned model counts against its own, fewer, layers)."""
+def mlp_saving(model: nn.Module, counts: dict[str, int], removed_layers: int = 0) -> float:
+    """Fraction of the MLP parameters of the original model no longer stored, net of recovery:
+    the original has `len(layers) + removed_layers` layers with MLPs like the model's own
+    (0 for a plain model; a pruned model's config records its removed layers)."""
     layers = list(getattr(model, "layers", []))
     owners = [layer for layer in layers  # layers with their own MLP (not a SharedMLP)
               if hasattr(layer, "mlp") and not hasattr(layer.mlp, "project")]
     if not layers or not owners:
         return 0.0
     per_layer = parameter_counts(owners[0].mlp)["total"]
-    original = per_layer * len(layers)
+    original = per_layer * (len(layers) + removed_layers)
     return 1 - (counts["mlp_stored"] + counts["recovery"]) / original if original else 0.0
 
 
@@ -242,17 +244,19 @@ def measure_model(model: nn.Module, tokenizer, config: dict, data_names=("wiki",
     counts = parameter_counts(model)
     sharp = config.get("sharp") or {}
     quantization = config.get("quantization") or {}
+    removed = (config.get("sharp_prune") or {}).get("removed_layers", [])
     result = {
         "model_type": config.get("model_type"),
         "base_model_type": sharp.get("base_model_type", config.get("model_type")),
         "num_layers": len(model.layers),
         "num_shared_layers": len(sharp.get("plan", {})),
+        "num_removed_layers": len(removed),
         "quantization_bits": quantization.get("bits"),
         "dtype": compute_dtype(model),
-        "device": str(mx.default_device()),
+        "device": mx.default_device().type.name,
         **{f"params_{k}": v for k, v in counts.items()},
         "params_mlp_net": counts["mlp_stored"] + counts["recovery"],
-        "net_mlp_saving_percent": round(100 * mlp_saving(model, counts), 3),
+        "net_mlp_saving_percent": round(100 * mlp_saving(model, counts, len(removed)), 3),
     }
     for name in data_names:
         key = Path(name).name
@@ -306,10 +310,14 @@ def evaluate_model(spec: str | None, data_names=("wiki",), split: str = "test",
 # ---------------------------------------------------------------- report
 
 
+def _short(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 1000 else f"{x:.3g}"
+
+
 def format_table(results: list[dict], data_names=()) -> str:
     """A fixed-width table of the main figures, one row per model."""
     keys = [Path(n).name for n in data_names]
-    columns = [("model", 28), ("layers", 6), ("params M", 8), ("MLP+rec M", 9), ("saving%", 7),
+    columns = [("model", 28), ("layers", 6), ("params M", 8), ("MLP+rec M", 9), ("MLP sav%", 8),
                ("disk MB", 8), ("load s", 6)]
     columns += [(f"{k} ppl ± se", 17) for k in keys]
     columns += [("prompt t/s", 10), ("TTFT s", 7), ("decode t/s", 10), ("peak GB", 7)]
@@ -318,10 +326,10 @@ def format_table(results: list[dict], data_names=()) -> str:
     for r in results:
         name = r["name"] if len(r["name"]) <= 28 else "…" + r["name"][-27:]
         cells = [f"{name:<28}", f"{r['num_layers']:>6}", f"{r['params_total'] / 1e6:>8.2f}",
-                 f"{r['params_mlp_net'] / 1e6:>9.2f}", f"{r['net_mlp_saving_percent']:>7.1f}",
+                 f"{r['params_mlp_net'] / 1e6:>9.2f}", f"{r['net_mlp_saving_percent']:>8.1f}",
                  f"{r['disk_bytes'] / 1e6:>8.1f}", f"{r['load_time_s']:>6.2f}"]
         for k in keys:
-            ppl = f"{r[f'{k}_perplexity']:.3f} ± {r[f'{k}_perplexity_stderr']:.3f}"
+            ppl = f"{_short(r[f'{k}_perplexity'])} ± {_short(r[f'{k}_perplexity_stderr'])}"
             cells.append(f"{ppl:>17}")
         if "decode_tok_per_s" in r:
             cells += [f"{r['prompt_tok_per_s']:>10.1f}", f"{r['ttft_s']:>7.3f}",

@@ -128,6 +128,9 @@ def test_cli_removes_lowest_influence_layers(tiny_llama, text_dir, tmp_path, cap
     assert len(model.layers) == 4
     assert isinstance(generate(model, tokenizer, "hello", max_tokens=4), str)
     assert "removing 2 of 6 layers" in capsys.readouterr().out
+    result = evaluate.evaluate_model(str(out), [], speed=False)
+    assert result["num_removed_layers"] == 2 and result["params_total"] == 4 * LAYER + 260 * 64 + 64
+    assert result["net_mlp_saving_percent"] == pytest.approx(100 * 2 / 6, abs=1e-3)
     with pytest.raises(SystemExit):  # refuses to overwrite
         prune.main(["--model", str(tiny_llama), "--layers", "1", "--data", str(text_dir),
                     "--tokens", "128", "--seq-len", "64", "-o", str(out)])
