@@ -238,3 +238,18 @@ def test_default_model_analysis_and_auto_plan():
     plan = analyze.suggest_plan(model, tokenizer, 0.5, recovery, analysis=result)
     assert len(plan.mapping) == 18  # 18 targets at rank 64 save 50.8% net (plan.py's table)
     assert account_model(model, plan, recovery).net_mlp_saving >= 0.5
+
+
+def test_a_sharp_model_is_analyzed_folded(tiny_llama, tmp_path, calibration):
+    from sharp_mlx.convert import main as convert_main
+
+    out = tmp_path / "sharp"
+    convert_main(["--model", str(tiny_llama), "--plan", '{"2": 1}', "--rank", "4",
+                  "--dtype", "float32", "-o", str(out)])
+    model, _, config, _ = analyze.load_plain_model(str(out))
+    assert config["model_type"] == "llama" and len(model.layers) == 6
+    result = analyze.analyze_layers(model, calibration, distance=1)
+    assert np.all(np.isfinite(list(result.candidates().values())))
+    sharp, *_ = models.load_base(str(out), dtype="float32")
+    with pytest.raises(ValueError, match="fold"):
+        analyze.analyze_layers(sharp, calibration)
