@@ -11,6 +11,7 @@ that keeps the loss on the answer (assistant) tokens only.
 import bz2
 import hashlib
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import assets
+
+# Whole articles are encoded before they are cut into windows; transformers warns about that.
+logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 SPLITS = ("train", "valid", "test")
 BUILTIN = ("wiki", "chitchat")
