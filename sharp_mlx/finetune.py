@@ -10,6 +10,7 @@ of seed and step), and data parallel training under `mlx.launch` (gradients summ
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -360,6 +361,7 @@ def run(args: argparse.Namespace) -> Path:
         record["finetune"] = {"config": asdict(config_ft), "result": asdict(result)}
         save_sharp(output, model, config, path, record, force=True,
                    dtype=config.get("torch_dtype", "float16"))
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return output
 
 
