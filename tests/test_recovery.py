@@ -221,3 +221,22 @@ def test_data_dir_errors_are_clear(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"foo": 1}\n')
     with pytest.raises(data.DataError, match="train.jsonl:1 needs"):
         data.load_records(str(tmp_path), "train")
+
+
+def test_finetune_cli_on_a_sharp_dir(tiny_llama, text_dir, tmp_path):
+    sharp_dir, out = tmp_path / "sharp", tmp_path / "tuned"
+    convert_main(["--model", str(tiny_llama), "--plan", json.dumps(PLAN), "--rank", "4",
+                  "-o", str(sharp_dir)])
+    ft.main(["--model", str(sharp_dir), "--data", str(text_dir), "--seq-len", "32",
+             "--iters", "2", "--steps-per-eval", "1", "--loss", "kd", "--original",
+             str(tiny_llama), "-o", str(out)])
+    record = json.loads((out / "sharp_recovery.json").read_text())
+    assert record["finetune"]["result"]["steps"] == 2
+    assert record["base_model"] == str(tiny_llama)
+    assert not (tmp_path / "tuned.checkpoints").exists()
+    before = mx.load(str(sharp_dir / "model.safetensors"))
+    after = mx.load(str(out / "model.safetensors"))
+    assert not mx.array_equal(before["model.layers.1.mlp.up_proj.lora_b"],
+                              after["model.layers.1.mlp.up_proj.lora_b"])
+    assert mx.array_equal(before["model.layers.2.mlp.up_proj.weight"],
+                          after["model.layers.2.mlp.up_proj.weight"])
