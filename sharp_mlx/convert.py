@@ -178,8 +178,11 @@ def convert(args: argparse.Namespace) -> Path:
     if group is None or group.rank() == 0:
         save_sharp(args.output, model, config, base_path, record, args.force, args.dtype)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        print(f"wrote {args.output} ({models.tensor_bytes(args.output) / 1e6:.1f} MB of tensors, "
-              f"{record['wall_time_s']:.0f}s)")
+        print(f"wrote {args.output}: {models.tensor_bytes(args.output) / 1e6:.1f} MB of tensors "
+              f"(original {accounting.tensor_bytes_original / 1e6:.1f} MB), "
+              f"{record['wall_time_s']:.0f}s")
+        if "report" in record:
+            print(f"sample: {record['report']['sample']!r}")
     return args.output
 
 
@@ -246,9 +249,7 @@ def report(model, base, tokenizer, max_tokens: int) -> dict:
               f"({sharp.perplexity / original.perplexity:.3f}x, {sharp.tokens} tokens)")
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    sample = generate(model, tokenizer, prompt=prompt, max_tokens=40)
-    print(f"sample: {sample!r}")
-    figures["sample"] = sample
+    figures["sample"] = generate(model, tokenizer, prompt=prompt, max_tokens=40)
     return figures
 
 

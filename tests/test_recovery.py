@@ -163,8 +163,13 @@ def test_convert_chain_writes_record_and_loads(tiny_llama, text_dir, tmp_path):
     out = tmp_path / "sharp"
     convert_main(["--model", str(tiny_llama), "--plan", json.dumps(PLAN), "--rank", "8",
                   "--data", str(text_dir), "--seq-len", "32", "--warmup", "--warmup-tokens",
-                  "512", "--finetune", "--iters", "4", "--steps-per-eval", "2", "-o", str(out)])
+                  "512", "--finetune", "--iters", "4", "--steps-per-eval", "2", "--report",
+                  "--report-tokens", "1024", "-o", str(out)])
     record = json.loads((out / "sharp_recovery.json").read_text())
+    for name in ("wiki", "chitchat"):
+        figures = record["report"][name]
+        assert figures["ratio"] == pytest.approx(figures["sharp_ppl"] / figures["original_ppl"])
+    assert isinstance(record["report"]["sample"], str)
     assert [t["layer"] for t in record["warmup"]["targets"]] == sorted(PLAN)
     assert record["finetune"]["result"]["steps"] == 4
     assert record["wall_time_s"] > 0
