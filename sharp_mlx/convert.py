@@ -37,8 +37,8 @@ from .warmup import WarmupConfig, warmup
 
 RECIPES = {
     # The default model's recipe (README main job): moderate plan, LoRA 64 from SVD, SLW on 32k
-    # wiki tokens, 60 SFT steps of 4 x 256 tokens with cross-entropy, then a report.
-    "default": dict(plan="moderate", warmup=True, finetune=True, report=True, iters=60),
+    # wiki tokens, 30 SFT steps of 4 x 256 tokens with cross-entropy, then a report.
+    "default": dict(plan="moderate", warmup=True, finetune=True, report=True, iters=30),
 }
 
 
