@@ -59,7 +59,8 @@ import numpy as np
 
 from . import data, evaluate, models
 from .accounting import account_model
-from .plan import PlanError, SharingPlan
+from .cli import run_cli
+from .plan import SharingPlan
 from .sharp import dense_weight, fold_recovery, low_rank_factors, recovery_config
 from .sharp_model import MLP_MATRICES, RECOVERY_KINDS, check_base_type
 
@@ -719,12 +720,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (PlanError, models.ModelError, data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

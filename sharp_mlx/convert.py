@@ -21,16 +21,15 @@ import mlx.nn as nn
 
 from . import data, models
 from .accounting import account_model
-from .assets import AssetError
+from .cli import run_cli
 from .finetune import (
     FinetuneConfig,
-    NonFiniteLoss,
     add_finetune_args,
     finetune,
     finetune_config,
     load_sft_data,
 )
-from .plan import PlanError, SharingPlan, parse_plan
+from .plan import SharingPlan, parse_plan
 from .sharp import ARCHITECTURE_FILE, INITS, build_sharp, recovery_config
 from .sharp_model import MLP_MATRICES, RECOVERY_KINDS
 from .warmup import WarmupConfig, warmup
@@ -254,13 +253,7 @@ def report(model, base, tokenizer, max_tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        convert(args)
-    except (PlanError, models.ModelError, data.DataError, ValueError, FileNotFoundError,
-            MemoryError, NonFiniteLoss, AssetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(convert, parse_args(argv))
 
 
 if __name__ == "__main__":

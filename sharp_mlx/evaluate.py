@@ -33,6 +33,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import data, models
+from .cli import run_cli
 
 RECOVERY_NAMES = ("lora_a", "lora_b", "in_scale", "out_scale")
 PARAM_KINDS = ("embedding", "attention", "mlp_stored", "recovery", "norm", "other")
@@ -371,22 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     names = [n for n in args.data.split(",") if n and n != "none"]
-    results = []
-    try:
-        for spec in args.model or [None]:
-            results.append(evaluate_model(
-                spec, names, args.split, args.seq_len, args.max_tokens or None,
-                args.batch_size, args.trust_remote_code, dtype=args.dtype,
-                speed=not args.no_speed, prompt_tokens=args.prompt_tokens,
-                generation_tokens=args.generation_tokens, repeats=args.repeats,
-            ))
-            print(f"evaluated {results[-1]['model']}", file=sys.stderr)
-    except (models.ModelError, data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    results = run_cli(lambda a: [_evaluate_and_say(a, spec, names)
+                                 for spec in a.model or [None]], args)
     print(format_table(results, names))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _evaluate_and_say(args: argparse.Namespace, spec: str | None, names: list[str]) -> dict:
+    result = evaluate_model(
+        spec, names, args.split, args.seq_len, args.max_tokens or None, args.batch_size,
+        args.trust_remote_code, dtype=args.dtype, speed=not args.no_speed,
+        prompt_tokens=args.prompt_tokens, generation_tokens=args.generation_tokens,
+        repeats=args.repeats,
+    )
+    print(f"evaluated {result['model']}", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, models
+from .cli import run_cli
 
 MANIFEST = "sharp_manifest.json"
 FORMAT = "sharp-bundle"
@@ -373,12 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        export_bundle(args.model, args.output, args.original, args.metrics, args.force,
-                      args.quantize, args.q_group_size, args.mixed)
-    except (models.ModelError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(lambda a: export_bundle(a.model, a.output, a.original, a.metrics, a.force,
+                                    a.quantize, a.q_group_size, a.mixed), args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import data, models
+from .cli import run_cli
 from .sharp import recovery_layers
 
 LOSSES = ("ce", "kd", "ce+kd")
@@ -371,12 +372,7 @@ def _read_record(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (models.ModelError, data.DataError, ValueError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

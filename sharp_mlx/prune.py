@@ -15,7 +15,6 @@ Direct sharing, the paper's other baseline, is a SHARP model whose recovery star
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,7 +24,8 @@ from mlx.utils import tree_flatten
 
 from . import analyze, data, evaluate, models
 from .accounting import account_model
-from .plan import PlanError, SharingPlan, parse_plan
+from .cli import run_cli
+from .plan import SharingPlan, parse_plan
 from .sharp import build_sharp, recovery_config
 from .sharp_model import MLP_MATRICES, RECOVERY_KINDS
 
@@ -199,12 +199,7 @@ def prune(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        prune(args)
-    except (PlanError, models.ModelError, data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(prune, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

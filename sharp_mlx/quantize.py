@@ -23,12 +23,12 @@ and `sharp_recovery.json` (with a `quantization` entry added) of the input.
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import mlx.core as mx
 
 from . import models
+from .cli import run_cli
 
 MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 BITS = (2, 3, 4, 5, 6, 8)
@@ -144,12 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        quantize_model_dir(args.model, args.output, args.q_bits, args.q_group_size, args.mixed,
-                           args.force, args.trust_remote_code)
-    except (models.ModelError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(lambda a: quantize_model_dir(a.model, a.output, a.q_bits, a.q_group_size, a.mixed,
+                                         a.force, a.trust_remote_code), args)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.base import create_attention_mask
 
-from .finetune import warmup_cosine
+from .finetune import NonFiniteLoss, warmup_cosine
 from .sharp import recovery_layers
 
 
@@ -49,10 +49,6 @@ class WarmupConfig:
     seed: int = 0
     sequential: bool = False
     memory_gb: float = 4.0
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def _layer_parts(layer: nn.Module, h: mx.array, mask) -> tuple[mx.array, mx.array]:
