@@ -90,7 +90,6 @@ def test_benchmark_is_positive_and_restores_eos(tiny_llama):
     assert speed["generation_tokens"] == 8  # EOS never stops the run early
     for key in ("prompt_tok_per_s", "ttft_s", "decode_tok_per_s", "peak_memory_gb"):
         assert speed[key] > 0
-    assert speed["ttft_s"] == pytest.approx(16 / speed["prompt_tok_per_s"], rel=0.5)
     assert set(tokenizer.eos_token_ids) == eos
 
 
