@@ -167,11 +167,11 @@ def warmup(
                 bar.set_postfix(error=f"{r.error_after:.3f}",
                                 tok_s=f"{calibration.size * config.epochs / r.seconds:.0f}")
                 bar.update(1)
-    if bar is not None:
-        bar.close()
         streams = _advance(layer, streams, mask)
         if sharp_streams is not None:
             sharp_streams = _advance(sharp.layers[index], sharp_streams, mask)
+    if bar is not None:
+        bar.close()
     if size > 1:
         reports = _share_across_ranks(sharp, targets, mine, reports, group)
     return sorted(reports, key=lambda r: r.layer)
