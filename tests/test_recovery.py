@@ -245,3 +245,22 @@ def test_finetune_cli_on_a_sharp_dir(tiny_llama, text_dir, tmp_path):
                               after["model.layers.1.mlp.up_proj.lora_b"])
     assert mx.array_equal(before["model.layers.2.mlp.up_proj.weight"],
                           after["model.layers.2.mlp.up_proj.weight"])
+
+
+def test_warmup_feeds_each_target_its_own_layer_input(tiny_llama):
+    """Direct sharing's error at every target, recomputed by hand from the original model."""
+    from mlx_lm.models.base import create_attention_mask
+
+    model, base, _ = sharp_and_base(tiny_llama, init="zero")
+    cal, held = calibration()
+    config = wu.WarmupConfig(epochs=1, batch_tokens=64, learning_rate=0.0, schedule="constant")
+    reports = {r.layer: r for r in wu.warmup(model, base, cal, held, config, progress=False)}
+    h = base.model.embed_tokens(held)
+    mask = create_attention_mask(h, None)
+    for index, layer in enumerate(base.layers):
+        if index in PLAN:
+            mid = h + layer.self_attn(layer.input_layernorm(h), mask)
+            x = layer.post_attention_layernorm(mid)
+            expected = wu.relative_error(base.layers[PLAN[index]].mlp(x), layer.mlp(x))
+            assert reports[index].error_before == pytest.approx(expected, rel=1e-4)
+        h = layer(h, mask)
