@@ -102,19 +102,12 @@ def load_model_for_eval(spec: str | None, trust_remote_code: bool = False,
     dtype None: float32 on the CPU (`models.use_float32_on_cpu`), the stored dtype elsewhere;
     otherwise every floating point parameter is cast to `dtype`.
     """
-    from mlx_lm.utils import load_model, load_tokenizer
-
-    path = models.resolve_model(spec)
-    models.check_safetensors(path)
-    config = json.loads((path / "config.json").read_text())
-    trust = trust_remote_code or models.is_own_model_file(path, config)
-    model, config = load_model(path, lazy=True, trust_remote_code=trust)
+    model, tokenizer, config, path = models.load(spec, trust_remote_code)
     if dtype is None:
         models.use_float32_on_cpu(model)
     else:
         models.cast(model, models.DTYPES[dtype])
     mx.eval(model.parameters())
-    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     return model, tokenizer, config, path
 
 

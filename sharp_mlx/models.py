@@ -87,8 +87,8 @@ def gguf_to_mlx(path: Path) -> Path:
     return out
 
 
-def load_base(spec: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
-    """Load (model, tokenizer, config, path) of an unquantized model, dequantizing if needed.
+def load(spec: str | None = None, trust_remote_code: bool = False, dequantize: bool = False):
+    """Load (model, tokenizer, config, path) lazily with mlx-lm; optionally dequantized.
 
     A SHARP directory loads too; its model file is trusted without asking when it is byte for
     byte this package's own `sharp_model.py`.
@@ -98,14 +98,20 @@ def load_base(spec: str | None = None, dtype: str | None = None, trust_remote_co
     config = json.loads((path / "config.json").read_text())
     trust = trust_remote_code or is_own_model_file(path, config)
     model, config = load_model(path, lazy=True, trust_remote_code=trust)
-    if "quantization" in config:
+    if dequantize and "quantization" in config:
         model = dequantize_model(model)
         config = {k: v for k, v in config.items() if k not in ("quantization",
                                                                "quantization_config")}
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    return model, tokenizer, config, path
+
+
+def load_base(spec: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
+    """Load (model, tokenizer, config, path) of an unquantized model, dequantizing if needed."""
+    model, tokenizer, config, path = load(spec, trust_remote_code, dequantize=True)
     if dtype is not None:
         cast(model, DTYPES[dtype])
     mx.eval(model.parameters())
-    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     return model, tokenizer, config, path
 
 
