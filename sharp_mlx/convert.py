@@ -173,6 +173,7 @@ def convert(args: argparse.Namespace) -> Path:
         record["finetune"] = run_finetune(args, model, base, tokenizer, checkpoints, group)
     if args.report:
         record["report"] = report(model, base, tokenizer, args.report_tokens)
+    record["ranks"] = 1 if group is None else group.size()
     record["wall_time_s"] = round(time.perf_counter() - started, 1)
     if group is None or group.rank() == 0:
         save_sharp(args.output, model, config, base_path, record, args.force, args.dtype)

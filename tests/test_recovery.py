@@ -220,6 +220,34 @@ def test_two_ranks_match_one_process(tiny_llama, text_dir, tmp_path):
         np.testing.assert_allclose(one[key], two[key], atol=1e-4, rtol=1e-3)
 
 
+CLI = "import sys\nfrom sharp_mlx.convert import main\nmain(sys.argv[1:])\n"
+
+
+def test_convert_cli_on_two_ranks_matches_one_process(tiny_llama, text_dir, tmp_path):
+    """`mlx.launch -n 2 python cli.py ...` (warmup split by target, SFT data parallel) writes
+    the weights one process writes."""
+    script = tmp_path / "cli.py"
+    script.write_text(CLI)
+    args = ["--model", str(tiny_llama), "--plan", json.dumps(PLAN), "--rank", "4", "--warmup",
+            "--warmup-tokens", "2048", "--warmup-batch-tokens", "256", "--finetune",
+            "--data", str(text_dir), "--seq-len", "32", "--iters", "4", "--steps-per-eval", "2"]
+    launch = Path(sys.executable).with_name("mlx.launch")
+    for command, out in (([sys.executable], "one"),
+                         ([str(launch), "-n", "2", "--backend", "ring", sys.executable], "two")):
+        done = subprocess.run([*command, str(script), *args, "-o", str(tmp_path / out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one = mx.load(str(tmp_path / "one" / "model.safetensors"))
+    two = mx.load(str(tmp_path / "two" / "model.safetensors"))
+    assert sorted(one) == sorted(two) and any("lora_b" in k for k in one)
+    for key in one:
+        np.testing.assert_allclose(np.array(one[key], np.float32), np.array(two[key], np.float32),
+                                   atol=1e-3)
+    record = json.loads((tmp_path / "two" / "sharp_recovery.json").read_text())
+    assert record["ranks"] == 2
+    assert sorted(t["layer"] for t in record["warmup"]["targets"]) == sorted(PLAN)
+
+
 def test_data_dir_errors_are_clear(tmp_path):
     with pytest.raises(data.DataError, match="train.jsonl does not exist"):
         data.load_records(str(tmp_path), "train")
