@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx  # pytest loads sharp_mlx (and so OpenBLAS) first: see pyproject.toml
+import numpy as np
 import pytest
 from mlx_lm.utils import _get_classes, save_config, save_model
 
@@ -67,3 +68,17 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2", seed=1)
+
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing songs".split()
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory) -> Path:
+    """An mlx-lm style data directory of random-word texts (120 / 12 / 12 lines of 40 words)."""
+    out = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 120), ("valid", 12), ("test", 12)):
+        lines = [json.dumps({"text": " ".join(rng.choice(WORDS, 40))}) for _ in range(n)]
+        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return out

@@ -15,16 +15,6 @@ from sharp_mlx.sharp import build_sharp, recovery_config
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("text")
-    line = "Pack my box with five dozen liquor jugs. How vexingly quick daft zebras jump! "
-    for split in ("train", "valid", "test"):
-        (out / f"{split}.jsonl").write_text(
-            "\n".join(json.dumps({"text": f"{split} {i}: {line * 3}"}) for i in range(8)) + "\n")
-    return out
-
-
-@pytest.fixture(scope="module")
 def loaded(tiny_llama):
     model, tokenizer, _, _ = models.load_base(str(tiny_llama), dtype="float32")
     return model, tokenizer

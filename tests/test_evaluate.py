@@ -18,16 +18,6 @@ RANK = 4
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("text")
-    line = "The quick brown fox jumps over the lazy dog. " * 4
-    for split in ("train", "valid", "test"):
-        (out / f"{split}.jsonl").write_text(
-            "\n".join(json.dumps({"text": f"{i}: {line}"}) for i in range(8)) + "\n")
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_sharp(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("sharp") / "model"
     convert_main(["--model", str(tiny_llama), "--plan", PLAN, "--rank", str(RANK),

@@ -14,16 +14,6 @@ from sharp_mlx.sharp import recovery_config
 LAYER = 3 * 64 * 128 + 2 * 64 * 64 + 2 * 64 * 32 + 2 * 64  # MLP + attention + 2 norms
 
 
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("text")
-    line = "Sphinx of black quartz, judge my vow. The five boxing wizards jump quickly. "
-    for split in ("train", "valid", "test"):
-        (out / f"{split}.jsonl").write_text(
-            "\n".join(json.dumps({"text": f"{i}: {line * 3}"}) for i in range(6)) + "\n")
-    return out
-
-
 def load(path):
     return models.load_base(str(path), dtype="float32")
 

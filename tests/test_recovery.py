@@ -19,18 +19,6 @@ from sharp_mlx.plan import SharingPlan
 from sharp_mlx.sharp import build_sharp, recovery_config
 
 PLAN = {1: 2, 3: 2, 5: 4}
-WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing songs".split()
-
-
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory) -> Path:
-    """An mlx-lm style data directory of short random-word texts."""
-    out = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 120), ("valid", 12), ("test", 12)):
-        lines = [json.dumps({"text": " ".join(rng.choice(WORDS, 40))}) for _ in range(n)]
-        (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    return out
 
 
 def sharp_and_base(path, rank=8, init="svd"):
