@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from sharp_mlx import evaluate, models
+from sharp_mlx import data, evaluate, models
 from sharp_mlx.convert import main as convert_main
 
 TINY_MLP = 3 * 64 * 128
@@ -138,3 +138,27 @@ def test_default_model_figures():
     assert result["params_recovery"] == 0 and result["net_mlp_saving_percent"] == 0
     assert 1 < result["wiki_perplexity"] < 30 and result["wiki_tokens"] == 1024
     assert result["decode_tok_per_s"] > 0 and result["peak_memory_gb"] > 0.5  # float32 weights
+
+
+def test_local_lm_eval_task_items_hold_the_true_reply(tmp_path):
+    """tools/lm_eval_tasks.py: each item's label points at the chat's real next reply."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lm_eval_tasks", Path(__file__).parent.parent / "tools" / "lm_eval_tasks.py")
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    (task,) = tasks.write_tasks(tmp_path, max_items=20)
+    assert str((tmp_path / "sharp_chitchat_reply.jsonl").resolve()) in task.read_text()
+    items = [json.loads(x) for x in (tmp_path / "sharp_chitchat_reply.jsonl").read_text()
+             .splitlines()]
+    assert len(items) == 20
+    next_reply = {}  # every "conversation so far" of a test chat -> the reply that follows
+    for chat in (r["messages"] for r in data.load_records("chitchat", "test")):
+        for cut in range(1, len(chat)):
+            context = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in chat[:cut])
+            key = f"{context}\n{chat[cut]['role'].capitalize()}:"
+            next_reply.setdefault(key, set()).add(" " + chat[cut]["content"])
+    for item in items:
+        assert len(set(item["choices"])) == 4
+        assert item["choices"][item["label"]] in next_reply[item["context"]]
