@@ -2,7 +2,8 @@
 
     python tools/lm_eval_tasks.py -o lm_eval_tasks
     cd lm_eval_tasks && HF_DATASETS_OFFLINE=1 mlx_lm.evaluate --model ../SHARP_DIR \
-        --trust-remote-code --tasks sharp_chitchat_reply.yaml --limit 100
+        --trust-remote-code --tasks sharp_chitchat_reply.yaml --limit 100 \
+        --no-apply-chat-template
 
 `sharp_chitchat_reply` is multiple choice over the chitchat test chats: the conversation so
 far, then the true next reply among 4 (3 distractors are replies from other test chats); acc

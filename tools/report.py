@@ -232,6 +232,19 @@ def prune_section(results: dict) -> str:
                   "SFT LoRA (all MLPs)"], rows)
 
 
+def lm_eval_section(results: dict) -> str:
+    rows = []
+    for name, r in results.items():
+        task = r.get("lm_eval", {}).get("sharp_chitchat_reply")
+        if task:
+            rows.append([name, task["sample_len"],
+                         f"{task['acc,none']:.3f} ± {task['acc_stderr,none']:.3f}",
+                         f"{task['acc_norm,none']:.3f} ± {task['acc_norm_stderr,none']:.3f}"])
+    if not rows:
+        return "not run (lm-eval is not installed: `pip install -e '.[eval]'`)."
+    return table(["model", "items", "acc", "acc_norm"], rows)
+
+
 # ---------------------------------------------------------------- the document
 
 
@@ -418,7 +431,15 @@ is still applied once per layer that uses it, so its weights are read again unle
 cache; the folded rows run the same function with per-layer weights (the original's size and
 compute). {speed_note}
 
-## 6. Wall time of each build step (seconds)
+## 6. lm-eval through stock `mlx_lm.evaluate --trust-remote-code`
+
+The local task of `tools/lm_eval_tasks.py` (no hub): for a chitchat test chat, pick the true
+next reply among 4 (chance 0.25), the first 100 items, 0-shot, plain text (no chat
+template); ± is lm-eval's standard error.
+
+{lm_eval_section(r)}
+
+## 7. Wall time of each build step (seconds)
 
 {table(['model', 'seconds'], timing_rows)}
 

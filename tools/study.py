@@ -14,6 +14,7 @@ the main table. Every number in the report is read from the measurements of this
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -225,6 +226,37 @@ def measure_speed(work: Path, repeats: int = 5) -> None:
     tmp.rename(out)
 
 
+LM_EVAL = ("original", "mod-wiki-ce", "agg-wiki-ce", "prune-agg-sft")
+
+
+def measure_lm_eval(work: Path, limit: int = 100) -> None:
+    """stock `mlx_lm.evaluate --trust-remote-code` on the local chitchat-reply task."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        print("lm-eval is not installed (pip install -e '.[eval]'): skipping mlx_lm.evaluate")
+        return
+    sys.path.insert(0, str(ROOT / "tools"))
+    from lm_eval_tasks import write_tasks
+
+    tasks = work / "lm_eval_tasks"
+    if not tasks.exists():
+        write_tasks(tasks)
+    for name in LM_EVAL:
+        file = work / "lm_eval" / f"{name}.json"
+        if file.exists() or not (work / name / "config.json").exists():
+            continue
+        out = work / "lm_eval" / f"{name}.tmp"
+        print(f"$ mlx_lm.evaluate --model {work / name} ...", flush=True)
+        subprocess.run([*PY, "mlx_lm", "evaluate", "--model", str(work / name),
+                        "--trust-remote-code", "--tasks", "sharp_chitchat_reply.yaml",
+                        "--no-apply-chat-template",
+                        "--limit", str(limit), "--seed", "0", "--output-dir", str(out)],
+                       check=True, cwd=tasks, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+        (written,) = out.glob("eval_*")
+        file.write_text(written.read_text())
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -240,6 +272,9 @@ def load_results(work: Path) -> dict[str, dict]:
         record = work / name / "sharp_recovery.json"
         if record.exists():
             result["recovery_record"] = json.loads(record.read_text())
+        lm_eval = work / "lm_eval" / f"{name}.json"
+        if lm_eval.exists():
+            result["lm_eval"] = json.loads(lm_eval.read_text())
         prune = json.loads((work / name / "config.json").read_text()).get("sharp_prune")
         if prune:
             result["prune_record"] = prune
@@ -269,6 +304,7 @@ def main() -> None:
             measure(args.work, name, args.eval_tokens)
         if not only:
             measure_speed(args.work)
+            measure_lm_eval(args.work)
     from report import write_report  # tools/report.py: tables and plots from the measurements
 
     write_report(load_results(args.work), timings, args.out, machine(), args.eval_tokens)
@@ -283,7 +319,7 @@ def machine() -> dict:
 
     return {"commit": commit + ("+uncommitted" if dirty else ""),
             "platform": platform.platform(), "processor": platform.machine(),
-            "cpus": __import__("os").cpu_count(), "device": mx.default_device().type.name,
+            "cpus": os.cpu_count(), "device": mx.default_device().type.name,
             "mlx": mx.__version__, "mlx_lm": mlx_lm.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
