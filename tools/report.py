@@ -434,7 +434,7 @@ compute). {speed_note}
 ## 6. lm-eval through stock `mlx_lm.evaluate --trust-remote-code`
 
 The local task of `tools/lm_eval_tasks.py` (no hub): for a chitchat test chat, pick the true
-next reply among 4 (chance 0.25), the first 100 items, 0-shot, plain text (no chat
+next reply among 4 (chance 0.25), the first 50 items, 0-shot, plain text (no chat
 template); ± is lm-eval's standard error.
 
 {lm_eval_section(r)}

@@ -79,6 +79,7 @@ def steps(work: Path) -> list[tuple[str, object]]:
         ("agg-wiki-ce-q4", lambda: quantize(work, "agg-wiki-ce", 4)),
         ("mod-wiki-ce-folded", lambda: fold(work, "mod-wiki-ce")),
         ("agg-wiki-ce-folded", lambda: fold(work, "agg-wiki-ce")),
+        ("speed", lambda: measure_speed(work)),
         # ablations at a quarter of the warmup tokens (8,192 x 4 epochs), each with its own
         # rank-64 baseline at that budget; recovery kinds at matched parameters: vectors ==
         # LoRA rank 1 (6,336 per target), LoRA rank 63 + vectors == LoRA rank 64 (405,504)
@@ -90,6 +91,7 @@ def steps(work: Path) -> list[tuple[str, object]]:
                                     "--rank", "63")),
         ("small-r16-warm", convert("moderate", *SMALL, "--rank", "16")),
         ("small-r256-warm", convert("moderate", *SMALL, "--rank", "256")),
+        ("lm-eval", lambda: measure_lm_eval(work)),
         # the recipe's 30 SFT steps at a higher learning rate
         ("mod-wiki-ce-lr1e-3", sft(w("mod-warm"), "wiki", "ce", "--learning-rate", "1e-3")),
     ]
@@ -214,8 +216,6 @@ def measure(work: Path, name: str, eval_tokens: int) -> None:
 def measure_speed(work: Path, repeats: int = 5) -> None:
     """Decode and prompt speed of the SPEED models back to back, nothing else running."""
     out = work / "speed"
-    if out.exists():
-        return
     tmp = work / "speed.tmp"
     tmp.mkdir(exist_ok=True)
     for name in sorted(SPEED):
@@ -226,10 +226,10 @@ def measure_speed(work: Path, repeats: int = 5) -> None:
     tmp.rename(out)
 
 
-LM_EVAL = ("original", "mod-wiki-ce", "agg-wiki-ce", "prune-agg-sft")
+LM_EVAL = ("original", "mod-wiki-ce")
 
 
-def measure_lm_eval(work: Path, limit: int = 100) -> None:
+def measure_lm_eval(work: Path, limit: int = 50) -> None:
     """stock `mlx_lm.evaluate --trust-remote-code` on the local chitchat-reply task."""
     import importlib.util
 
@@ -243,10 +243,10 @@ def measure_lm_eval(work: Path, limit: int = 100) -> None:
     if not tasks.exists():
         write_tasks(tasks)
     for name in LM_EVAL:
-        file = work / "lm_eval" / f"{name}.json"
+        file = work / "lm-eval.tmp" / f"{name}.json"
         if file.exists() or not (work / name / "config.json").exists():
             continue
-        out = work / "lm_eval" / f"{name}.tmp"
+        out = work / "lm-eval.tmp" / f"{name}.out"
         print(f"$ mlx_lm.evaluate --model {work / name} ...", flush=True)
         subprocess.run([*PY, "mlx_lm", "evaluate", "--model", str(work / name),
                         "--trust-remote-code", "--tasks", "sharp_chitchat_reply.yaml",
@@ -255,6 +255,7 @@ def measure_lm_eval(work: Path, limit: int = 100) -> None:
                        check=True, cwd=tasks, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
         (written,) = out.glob("eval_*")
         file.write_text(written.read_text())
+    (work / "lm-eval.tmp").rename(work / "lm-eval")
 
 
 # ---------------------------------------------------------------- the report
@@ -272,7 +273,7 @@ def load_results(work: Path) -> dict[str, dict]:
         record = work / name / "sharp_recovery.json"
         if record.exists():
             result["recovery_record"] = json.loads(record.read_text())
-        lm_eval = work / "lm_eval" / f"{name}.json"
+        lm_eval = work / "lm-eval" / f"{name}.json"
         if lm_eval.exists():
             result["lm_eval"] = json.loads(lm_eval.read_text())
         prune = json.loads((work / name / "config.json").read_text()).get("sharp_prune")
@@ -302,9 +303,6 @@ def main() -> None:
                 timings[name] = round(seconds, 1)
                 timings_file.write_text(json.dumps(timings, indent=1))
             measure(args.work, name, args.eval_tokens)
-        if not only:
-            measure_speed(args.work)
-            measure_lm_eval(args.work)
     from report import write_report  # tools/report.py: tables and plots from the measurements
 
     write_report(load_results(args.work), timings, args.out, machine(), args.eval_tokens)
