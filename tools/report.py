@@ -421,6 +421,10 @@ already-converted model): moderate: {verdict(r, 'mod-seq-warm', 'mod-warm')}; ag
 direct: {verdict(r, 'auto-direct', 'agg-direct')}; after warmup:
 {verdict(r, 'auto-warm', 'agg-warm')}. {auto_plan}
 
+`python -m sharp_mlx.analyze`'s measurements behind the `auto` plan (2,048 wiki train tokens):
+
+![layer analysis](layers.png)
+
 ## 5. Decode speed vs the ideal ratio
 
 {speed_section(r)}

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -304,6 +305,11 @@ def main() -> None:
                 timings_file.write_text(json.dumps(timings, indent=1))
             measure(args.work, name, args.eval_tokens)
     from report import write_report  # tools/report.py: tables and plots from the measurements
+
+    heatmap = args.work / "auto-plan" / "layers.png"
+    if heatmap.exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(heatmap, args.out / "layers.png")
 
     write_report(load_results(args.work), timings, args.out, machine(), args.eval_tokens)
 
