@@ -124,13 +124,30 @@ def method(name: str) -> str:
     return "SHARP + quantization" if "-q" in name else "SHARP"
 
 
-def pareto_plot(points: list[dict], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    return plt
+
+
+def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
+    """Log-scale perplexity axis, labels, grid, legend; save and close."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("wiki test perplexity (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    _pyplot().close(fig)
+
+
+def pareto_plot(points: list[dict], path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(8, 5.5))
     markers = {"original": "*", "quantization": "s", "SHARP": "o", "SHARP + quantization": "D",
                "direct sharing": "x", "pruning": "v", "pruning + SFT": "^", "SHARP folded": "."}
     for kind, marker in markers.items():
@@ -141,43 +158,24 @@ def pareto_plot(points: list[dict], path: Path) -> None:
             for p in sel:
                 ax.annotate(p["name"], (p["bytes_saved"], p["ppl"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("storage saved vs the original fp16 model (% of weight-file bytes)")
-    ax.set_ylabel("wiki test perplexity (log scale)")
-    ax.set_title("SmolLM2-135M: storage saving vs perplexity")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "storage saved vs the original fp16 model (% of weight-file bytes)",
+            "SmolLM2-135M: storage saving vs perplexity")
 
 
 def rank_plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ranks = [(r, f"small-r{r}-warm") for r in (1, 16, 64, 256)]
     ranks = [(r, n) for r, n in ranks if ppl(results, n)]
     if not ranks:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     ax.errorbar([r for r, _ in ranks], [ppl(results, n) for _, n in ranks],
                 yerr=[results[n]["wiki_perplexity_stderr"] for _, n in ranks], marker="o",
                 capsize=3, label="moderate plan, warmup only")
     if ppl(results, "original"):
         ax.axhline(ppl(results, "original"), color="gray", ls="--", label="original")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("LoRA rank (gate, up, down of each target)")
-    ax.set_ylabel("wiki test perplexity (log scale)")
-    ax.set_title("Rank sweep after Single Layer Warmup (8,192 tokens x 4 epochs)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish(fig, ax, path, "LoRA rank (gate, up, down of each target)",
+            "Rank sweep after Single Layer Warmup (8,192 tokens x 4 epochs)")
 
 
 def speed_section(results: dict) -> str:
