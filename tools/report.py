@@ -323,8 +323,18 @@ def document(results: dict, timings: dict, machine: dict, eval_tokens: int,
         auto_plan = "`auto` plan (target: reference): " + ", ".join(
             f"{t}:{s}" for t, s in plan.items())
     speed_note = ""
+    folded, base = r.get("mod-wiki-ce-folded", {}), r.get("original", {})
+    if "decode_tok_per_s" in folded and "decode_tok_per_s" in base:
+        control = folded["decode_tok_per_s"] / base["decode_tok_per_s"]
+        own = r.get("mod-wiki-ce", {}).get("decode_tok_per_s")
+        speed_note += (f"Control: the folded model has the original's size and compute and "
+                       f"measured {control:.2f}x the original's decode speed, so differences "
+                       f"of that size are run-to-run noise on this machine. ")
+        if own:
+            speed_note += (f"SHARP vs its own folded twin (the cost of computing recovery "
+                           f"apart): {own / folded['decode_tok_per_s']:.2f}x. ")
     if r.get("original", {}).get("device") == "cpu":
-        speed_note = ("Measured on the CPU, where unquantized models compute in float32 "
+        speed_note += ("Measured on the CPU, where unquantized models compute in float32 "
                       "(MLX's CPU fp16 matmul is ~20x slower); decode here is not the "
                       "bandwidth-bound regime of a phone or a Mac GPU, so these ratios say "
                       "little about Metal.")
