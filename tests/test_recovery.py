@@ -196,7 +196,8 @@ def test_two_ranks_match_one_process(tiny_llama, text_dir, tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr
     launch = Path(sys.executable).with_name("mlx.launch")
-    double = subprocess.run([str(launch), "-n", "2", "--backend", "ring", sys.executable,
+    double = subprocess.run([str(launch), "-n", "2", "--backend", "ring", "--starting-port",
+                             free_ports(), sys.executable,
                              str(script), *args,
                              str(tmp_path / "two.npz")],
                             capture_output=True, text=True, timeout=300, env=env)
@@ -206,6 +207,23 @@ def test_two_ranks_match_one_process(tiny_llama, text_dir, tmp_path):
     assert sorted(one.files) == sorted(two.files)
     for key in one.files:
         np.testing.assert_allclose(one[key], two[key], atol=1e-4, rtol=1e-3)
+
+
+def free_ports() -> str:
+    """A port p with p and p + 1 free (mlx.launch's ring backend listens on one port per rank);
+    a fixed default port can still be in TIME_WAIT from the previous launch."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return str(port)
+    raise RuntimeError("no two adjacent free ports")
 
 
 CLI = "import sys\nfrom sharp_mlx.convert import main\nmain(sys.argv[1:])\n"
@@ -221,10 +239,12 @@ def test_convert_cli_on_two_ranks_matches_one_process(tiny_llama, text_dir, tmp_
             "--data", str(text_dir), "--seq-len", "32", "--iters", "4", "--steps-per-eval", "2"]
     launch = Path(sys.executable).with_name("mlx.launch")
     for command, out in (([sys.executable], "one"),
-                         ([str(launch), "-n", "2", "--backend", "ring", sys.executable], "two")):
+                         ([str(launch), "-n", "2", "--backend", "ring", "--starting-port",
+                           free_ports(), sys.executable], "two")):
         done = subprocess.run([*command, str(script), *args, "-o", str(tmp_path / out)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        assert (tmp_path / out / "model.safetensors").exists(), (done.stdout + done.stderr)[-3000:]
     one = mx.load(str(tmp_path / "one" / "model.safetensors"))
     two = mx.load(str(tmp_path / "two" / "model.safetensors"))
     assert sorted(one) == sorted(two) and any("lora_b" in k for k in one)
