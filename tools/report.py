@@ -240,7 +240,7 @@ def lm_eval_section(results: dict) -> str:
                          f"{task['acc_norm,none']:.3f} ± {task['acc_norm_stderr,none']:.3f}"])
     if not rows:
         return ("not run in this study (needs `pip install -e '.[eval]'`; on this CPU the "
-                "real model took ~25 s per batch of 4 requests, so the step was stopped).")
+                "real model needed ~25-35 s per lm-eval progress step, ~20 min a model: stopped).")
     return table(["model", "items", "acc", "acc_norm"], rows)
 
 
