@@ -256,15 +256,10 @@ def write_report(results: dict, timings: dict, out: Path, machine: dict, eval_to
     rank_plot(results, out / "rank_sweep.png")
     doc = document(results, timings, machine, eval_tokens, points)
     (out / "README.md").write_text(doc)
-    slim = {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}
     (out / "study.json").write_text(json.dumps(
         {"machine": machine, "build_seconds": timings, "eval_tokens": eval_tokens,
-         "models": slim}, indent=1, default=_jsonable))
+         "models": results}, indent=1, default=str))
     print(f"wrote {out / 'README.md'}")
-
-
-def _jsonable(x):
-    return None if isinstance(x, float) and math.isnan(x) else str(x)
 
 
 LAYER_ROWS = [("later layers (moderate)", "small-r64-warm"), ("earlier layers", "small-early-warm")]

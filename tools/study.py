@@ -30,6 +30,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
+from sharp_mlx.sharp_model import MLP_MATRICES
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = [sys.executable, "-m"]
 SFT = dict(iters=30)  # the default recipe's SFT budget (convert --recipe default)
@@ -139,11 +141,11 @@ def prune_sft(work: Path, pruned: str, matched: str) -> None:
     sharp = json.loads((work / matched / "sharp_recovery.json").read_text())
     budget = sharp["accounting"]["recovery_params"]
     per_rank = sum(sum(getattr(layer.mlp, m).weight.shape) for layer in model.layers
-                   for m in ("gate_proj", "up_proj", "down_proj"))
+                   for m in MLP_MATRICES)
     rank = max(1, round(budget / per_rank))
     model.freeze()
     for layer in model.layers:
-        for name in ("gate_proj", "up_proj", "down_proj"):
+        for name in MLP_MATRICES:
             setattr(layer.mlp, name, LoRALinear.from_base(getattr(layer.mlp, name), r=rank))
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     settings = finetune.FinetuneConfig(iters=SFT["iters"])
@@ -159,7 +161,7 @@ def prune_sft(work: Path, pruned: str, matched: str) -> None:
     rows = lambda d: [(r.tolist(), 0) for r in d.tokens]  # noqa: E731
     train(model, optim.Adam(learning_rate=schedule), rows(train_data), rows(valid), args)
     for layer in model.layers:
-        for name in ("gate_proj", "up_proj", "down_proj"):
+        for name in MLP_MATRICES:
             setattr(layer.mlp, name, getattr(layer.mlp, name).fuse())
     model.unfreeze()
     config = {**config, "sharp_prune": {**config["sharp_prune"], "sft": {
@@ -198,7 +200,7 @@ SPEED = {"original", "original-q4", "mod-wiki-ce", "mod-wiki-ce-q4", "agg-wiki-c
 
 
 def measure(work: Path, name: str, eval_tokens: int) -> None:
-    """Perplexity (and speed where the report needs it) of one model, cached as JSON."""
+    """Perplexity of one model, cached as JSON (speed is measured apart: measure_speed)."""
     file = work / "evals" / f"{name}.json"
     if file.exists() or not (work / name / "config.json").exists():
         return
